@@ -6,6 +6,7 @@ over a whole dataset as a :class:`scipy.sparse.linalg.LinearOperator`.
 
 from hessop._hessian import HessianOperator
 from hessop._layout import ParameterInfo, ParameterLayout
+from hessop._mpi import partition
 from hessop._version import __version__
 
 __all__ = [
@@ -13,4 +14,5 @@ __all__ = [
     "ParameterInfo",
     "ParameterLayout",
     "__version__",
+    "partition",
 ]

@@ -15,24 +15,31 @@ from scipy.sparse.linalg import LinearOperator
 from torch import nn
 from tqdm.auto import tqdm
 
-from hessop._checks import (
+from hessop._data import BatchSource, NumSamplesFn, count_samples, to_device
+from hessop._layout import ParameterLayout
+from hessop._model import (
+    ParamsArg,
+    select_parameters,
+    state_fingerprint,
+)
+from hessop._mpi import (
+    allreduce_int,
+    allreduce_sum,
+    check_same_everywhere,
+    get_rank,
+    get_size,
+    run_collectively,
+    state_checksum,
+)
+from hessop._operator_checks import (
     NUMPY_DTYPES,
-    check_loss,
     check_numeric,
     nondeterminism_message,
     resolve_device,
     resolve_dtype,
     resolve_reduction,
 )
-from hessop._data import BatchSource, NumSamplesFn, count_samples, to_device
-from hessop._layout import ParameterLayout
-from hessop._model import (
-    ParamsArg,
-    evaluation_mode,
-    select_parameters,
-    state_fingerprint,
-    twice_differentiable,
-)
+from hessop._products import first_order, second_order
 
 __all__ = ["HessianOperator"]
 
@@ -114,16 +121,30 @@ class HessianOperator(LinearOperator):
         matrix. It costs two products; ``False`` skips it and costs one pass
         over the data without the model, to count the samples.
     progress : bool, default False
-        Show a ``tqdm`` progress bar over the batches of each product.
+        Show a ``tqdm`` progress bar over the batches of each product (on
+        rank 0 only under MPI).
+    comm : mpi4py communicator, optional
+        Distribute the products over MPI ranks. Each rank passes its own
+        batches as ``data`` (see :func:`hessop.partition`); each product sums
+        the rank's sample-weighted batch products, and one ``Allreduce``
+        sums them over ranks before the division by the global :math:`N`.
+        The result is the operator of all ranks' data together, identical on
+        every rank. A rank with no batches takes part and contributes zero.
+        Construction checks that every rank holds the same parameter layout
+        and values. ``None`` (default) runs serially and needs no mpi4py.
 
     Attributes
     ----------
     layout : ParameterLayout
         Name, shape and offset of each selected parameter in a flat vector.
     num_samples : int
-        :math:`N`, the total number of samples.
+        :math:`N`, the total number of samples (over all ranks under MPI).
+    num_local_samples : int
+        The samples in this rank's batches; ``num_samples`` when serial.
     num_batches : int
-        The number of batches.
+        The number of this rank's batches.
+    comm : mpi4py communicator or None
+        The communicator given at construction.
     reduction : str
         ``'mean'`` or ``'sum'``.
     device : torch.device
@@ -157,6 +178,12 @@ class HessianOperator(LinearOperator):
     If the model's parameters or buffers change after construction (an
     optimiser step, ``load_state_dict``), the next product notices through
     the tensors' version counters and rebuilds what it cached.
+
+    Under MPI, every public method is collective: all ranks must call it
+    with the same vector. If any rank raises (a bad batch, a non-finite loss,
+    running out of memory), the ranks exchange their outcomes before the
+    ``Allreduce``, and every rank raises an error that names the failing
+    rank and its message.
 
     .. warning::
        A ``device`` or ``dtype`` different from the model's makes the
@@ -196,7 +223,76 @@ class HessianOperator(LinearOperator):
         dtype: torch.dtype | str | None = None,
         check_deterministic: bool = True,
         progress: bool = False,
+        comm: Any = None,
     ):
+        self.comm = comm
+        self._rank = get_rank(comm)
+        run_collectively(
+            comm,
+            lambda: self._setup(
+                model,
+                loss_fn,
+                data,
+                params,
+                reduction,
+                num_samples_fn,
+                train_mode,
+                device,
+                dtype,
+                progress,
+            ),
+            "constructing the HessianOperator",
+        )
+        self._check_ranks_agree()
+
+        n = self.layout.size
+        super().__init__(dtype=NUMPY_DTYPES[self.torch_dtype], shape=(n, n))
+        self.num_matvecs = 0
+        self.num_samples = 0
+        self.num_local_samples = 0
+        self.num_batches = 0
+
+        if check_deterministic:
+            self._check_deterministic()
+        else:
+            local_samples, self.num_batches = run_collectively(
+                comm, self._count_samples, "counting the samples"
+            )
+            self.num_local_samples = local_samples
+            self.num_samples = allreduce_int(comm, local_samples)
+        if self.num_samples == 0:
+            raise ValueError(
+                "data has no samples: every batch is empty"
+                + (" on every rank" if comm is not None else "")
+                + "; pass at least one batch with samples"
+            )
+        if self._rank == 0:
+            logger.info(
+                "HessianOperator: %d parameters in %d tensors, %d samples, "
+                "reduction %r, %s on %s, %d rank(s)",
+                n,
+                len(self.layout),
+                self.num_samples,
+                self.reduction,
+                self.torch_dtype,
+                self.device,
+                get_size(comm),
+            )
+
+    def _setup(
+        self,
+        model,
+        loss_fn,
+        data,
+        params,
+        reduction,
+        num_samples_fn,
+        train_mode,
+        device,
+        dtype,
+        progress,
+    ) -> None:
+        """Validate the arguments and build this rank's state, without collectives."""
         if not isinstance(model, nn.Module):
             raise TypeError(
                 f"model must be a torch.nn.Module, got {type(model).__name__}"
@@ -213,7 +309,7 @@ class HessianOperator(LinearOperator):
         self._loss_fn = loss_fn
         self._num_samples_fn = num_samples_fn
         self._train_mode = bool(train_mode)
-        self._progress = bool(progress)
+        self._progress = bool(progress) and self._rank == 0
         self.reduction = resolve_reduction(loss_fn, reduction)
 
         names = select_parameters(model, params)
@@ -239,31 +335,24 @@ class HessianOperator(LinearOperator):
         self._graphless_batches: set[int] = set()
         self._sync_with_model()
 
-        n = self.layout.size
-        super().__init__(dtype=NUMPY_DTYPES[self.torch_dtype], shape=(n, n))
-        self.num_matvecs = 0
-        self.num_samples = 0
-        self.num_batches = 0
-
-        if check_deterministic:
-            self._check_deterministic()
-        else:
-            self.num_samples, self.num_batches = self._count_samples()
-        if self.num_samples == 0:
-            raise ValueError(
-                "data has no samples: every batch is empty; pass at least one "
-                "batch with samples"
-            )
-        logger.debug(
-            "HessianOperator: %d parameters in %d tensors, %d samples in %d "
-            "batches, reduction %r, %s on %s",
-            n,
-            len(self.layout),
-            self.num_samples,
-            self.num_batches,
-            self.reduction,
-            self.torch_dtype,
-            self.device,
+    def _check_ranks_agree(self) -> None:
+        """Raise on every rank unless all ranks hold the same parameters."""
+        if self.comm is None:
+            return
+        check_same_everywhere(
+            self.comm,
+            (self.layout.names, self.layout.shapes, str(self.torch_dtype)),
+            "the parameter layout (names, shapes and dtype)",
+            "build the same model and pass the same params on every rank",
+        )
+        state = [(name, p) for name, p in self._model.named_parameters()]
+        state += [(name, b) for name, b in self._model.named_buffers()]
+        check_same_everywhere(
+            self.comm,
+            state_checksum(state),
+            "the parameter and buffer values (SHA-256 of their bytes)",
+            "load the same weights on every rank, for instance by broadcasting "
+            "rank 0's state_dict",
         )
 
     # ------------------------------------------------------------------
@@ -289,12 +378,18 @@ class HessianOperator(LinearOperator):
         that shares the forward pass and first backward pass of each batch
         among the columns.
         """
+        n = self.shape[0]
+        run_collectively(self.comm, lambda: self._check_tensor(v), "checking v")
+        result = self._apply(v.reshape(n, -1).T.contiguous())
+        return result.T.reshape(v.shape)
+
+    def _check_tensor(self, v: Any) -> None:
+        n = self.shape[0]
         if not isinstance(v, torch.Tensor):
             raise TypeError(
                 f"v must be a torch.Tensor, got {type(v).__name__}; use "
                 "matvec or the @ operator for numpy arrays"
             )
-        n = self.shape[0]
         if v.ndim not in (1, 2) or v.shape[0] != n:
             raise ValueError(
                 f"dimension mismatch: the operator has shape ({n}, {n}), so v "
@@ -312,8 +407,6 @@ class HessianOperator(LinearOperator):
             )
         if not bool(torch.isfinite(v).all()):
             raise ValueError("v contains NaN or inf; the product needs finite entries")
-        result = self._apply(v.reshape(n, -1).T.contiguous())
-        return result.T.reshape(v.shape)
 
     def unflatten(self, vector: torch.Tensor) -> dict[str, torch.Tensor]:
         """Split a flat vector into a name -> tensor dict, as in ``layout``."""
@@ -380,37 +473,41 @@ class HessianOperator(LinearOperator):
         """Multiply by a vector, a matrix, a scalar or another LinearOperator."""
         if not isinstance(x, LinearOperator) and not np.isscalar(x):
             x = np.asanyarray(x)
-            if x.ndim > 2:
-                n = self.shape[0]
-                raise ValueError(
-                    f"dimension mismatch: the operator has shape ({n}, {n}), so x "
-                    f"must have shape ({n},) or ({n}, k); got {x.shape}"
-                )
+            run_collectively(
+                self.comm, lambda: self._check_array(x, "x", (1, 2)), "checking x"
+            )
         return super().dot(x)
 
     def matvec(self, x):
         """Multiply by a vector of shape ``(n,)`` or ``(n, 1)``."""
-        n = self.shape[0]
         x = np.asanyarray(x)
-        if x.shape not in ((n,), (n, 1)):
-            raise ValueError(
-                f"dimension mismatch: the operator has shape ({n}, {n}), so x "
-                f"must have shape ({n},) or ({n}, 1); got {x.shape}"
-            )
-        check_numeric(x, "x")
+        run_collectively(
+            self.comm, lambda: self._check_array(x, "x", (1,)), "checking x"
+        )
         return super().matvec(x)
 
     def matmat(self, X):
         """Multiply by a matrix of shape ``(n, k)``."""
-        n = self.shape[0]
         X = np.asanyarray(X)
-        if X.ndim != 2 or X.shape[0] != n:
-            raise ValueError(
-                f"dimension mismatch: the operator has shape ({n}, {n}), so X "
-                f"must have shape ({n}, k); got {X.shape}"
-            )
-        check_numeric(X, "X")
+        run_collectively(
+            self.comm, lambda: self._check_array(X, "X", (2,)), "checking X"
+        )
         return super().matmat(X)
+
+    def _check_array(self, x: np.ndarray, name: str, ndims: tuple[int, ...]) -> None:
+        n = self.shape[0]
+        if ndims == (1,):
+            valid = x.shape in ((n,), (n, 1))
+            expected = f"({n},) or ({n}, 1)"
+        else:
+            valid = x.ndim in ndims and x.shape[0] == n
+            expected = f"({n},) or ({n}, k)" if 1 in ndims else f"({n}, k)"
+        if not valid:
+            raise ValueError(
+                f"dimension mismatch: the operator has shape ({n}, {n}), so {name} "
+                f"must have shape {expected}; got {x.shape}"
+            )
+        check_numeric(x, name)
 
     def rmatvec(self, x):
         """Multiply by a vector from the left, the same as ``matvec``."""
@@ -454,15 +551,26 @@ class HessianOperator(LinearOperator):
     # Products
 
     def _apply(self, Vt: torch.Tensor) -> torch.Tensor:
-        """Return ``(H @ Vt.T).T`` for ``Vt`` of shape ``(k, n)``."""
-        self._sync_with_model()
-        total, num_samples, _ = self._pass(Vt, use_cache=True)
-        if num_samples != self.num_samples:
-            raise ValueError(
-                f"the data changed size: the operator was built on "
-                f"{self.num_samples} samples but this pass saw {num_samples}; "
-                "a collection of batches must give the same samples on every pass"
-            )
+        """Return ``(H @ Vt.T).T`` for ``Vt`` of shape ``(k, n)``.
+
+        Under MPI each rank sums its own batches, the ranks agree that none
+        failed, and one ``Allreduce`` sums the results.
+        """
+
+        def local() -> torch.Tensor:
+            self._sync_with_model()
+            total, num_samples, _ = self._pass(Vt, use_cache=True)
+            if num_samples != self.num_local_samples:
+                raise ValueError(
+                    f"the data changed size: the operator was built on "
+                    f"{self.num_local_samples} samples but this pass saw "
+                    f"{num_samples}; a collection of batches must give the same "
+                    "samples on every pass"
+                )
+            return total
+
+        total = run_collectively(self.comm, local, "the Hessian-vector product")
+        allreduce_sum(self.comm, total)
         self.num_matvecs += Vt.shape[0]
         return self._normalise(total)
 
@@ -504,7 +612,9 @@ class HessianOperator(LinearOperator):
                     if cacheable:
                         self._cache = (grads, used)
                 weight = count if self.reduction == "mean" else 1
-                product = self._second_order(grads, used, Vt, retain=cacheable)
+                product = second_order(
+                    grads, used, self._leaves, self.layout, Vt, retain=cacheable
+                )
                 if not bool(torch.isfinite(product).all()):
                     raise ValueError(
                         f"the Hessian-vector product of batch {index} is not "
@@ -518,61 +628,23 @@ class HessianOperator(LinearOperator):
         self, inputs: Any, targets: Any, index: int
     ) -> tuple[list[torch.Tensor], list[int]]:
         """Run the forward pass and the first backward pass of one batch."""
-        inputs = to_device(inputs, self.device, self.torch_dtype)
-        targets = to_device(targets, self.device, self.torch_dtype)
         state = dict(self._fixed)
         for name, leaf in zip(self.layout.names, self._leaves, strict=True):
             state[name] = leaf
-        if self._train_mode:
-            # Train mode updates BatchNorm's running statistics in place, so the
-            # forward pass gets copies and the model's buffers stay as they are.
-            for name, buffer in self._model.named_buffers():
-                state[name] = buffer.clone()
-
-        with evaluation_mode(self._model, self._train_mode), twice_differentiable():
-            output = torch.func.functional_call(self._model, state, (inputs,))
-        loss = self._loss_fn(output, targets)
-        check_loss(loss, index)
-        if not loss.requires_grad:
-            # None of the selected parameters reaches this batch's loss.
+        grads, used = first_order(
+            self._model,
+            self._loss_fn,
+            state,
+            self._leaves,
+            to_device(inputs, self.device, self.torch_dtype),
+            to_device(targets, self.device, self.torch_dtype),
+            train_mode=self._train_mode,
+            index=index,
+        )
+        if grads is None:
             self._graphless_batches.add(index)
             return [], []
-
-        grads = torch.autograd.grad(
-            loss, self._leaves, create_graph=True, allow_unused=True
-        )
-        # A gradient without a graph is constant in the parameters, so its
-        # rows of the Hessian are zero and it takes no part in the second pass.
-        used = [i for i, g in enumerate(grads) if g is not None and g.requires_grad]
-        return [grads[i] for i in used], used
-
-    def _second_order(
-        self,
-        grads: list[torch.Tensor],
-        used: list[int],
-        Vt: torch.Tensor,
-        *,
-        retain: bool,
-    ) -> torch.Tensor:
-        """Return the products of one batch's Hessian with the rows of ``Vt``."""
-        product = torch.zeros_like(Vt)
-        if not grads:
-            return product
-        k = Vt.shape[0]
-        for j in range(k):
-            pieces = self.layout.unflatten(Vt[j])
-            grad_outputs = [pieces[self.layout.names[i]] for i in used]
-            columns = torch.autograd.grad(
-                grads,
-                self._leaves,
-                grad_outputs=grad_outputs,
-                retain_graph=retain or j < k - 1,
-                allow_unused=True,
-            )
-            for entry, column in zip(self.layout, columns, strict=True):
-                if column is not None:
-                    product[j, entry.slice] = column.reshape(-1)
-        return product
+        return grads, used
 
     # ------------------------------------------------------------------
     # Construction helpers
@@ -641,24 +713,39 @@ class HessianOperator(LinearOperator):
         v = torch.randn(1, n, generator=generator, dtype=torch.float64)
         v = v.to(device=self.device, dtype=self.torch_dtype)
 
-        first, samples_first, batches_first = self._pass(v, use_cache=False)
-        self.num_samples, self.num_batches = samples_first, batches_first
-        if samples_first == 0:
+        first, samples_first, batches_first = run_collectively(
+            self.comm,
+            lambda: self._pass(v, use_cache=False),
+            "the first product of the determinism check",
+        )
+        self.num_local_samples, self.num_batches = samples_first, batches_first
+        self.num_samples = allreduce_int(self.comm, samples_first)
+        if self.num_samples == 0:
             return
-        second, samples_second, _ = self._pass(v, use_cache=True)
-        if len(self._graphless_batches) == batches_first:
+        allreduce_sum(self.comm, first)
+
+        def second_pass() -> torch.Tensor:
+            second, samples_second, _ = self._pass(v, use_cache=True)
+            if samples_second != samples_first:
+                raise ValueError(
+                    "the data changed size between two passes "
+                    f"({samples_first} then {samples_second} samples); the "
+                    "operator needs the same samples on every pass"
+                )
+            return second
+
+        second = run_collectively(
+            self.comm, second_pass, "the second product of the determinism check"
+        )
+        allreduce_sum(self.comm, second)
+        graphless = allreduce_int(self.comm, len(self._graphless_batches))
+        if graphless == allreduce_int(self.comm, batches_first):
             warnings.warn(
                 "the loss does not depend on the selected parameters in any batch "
                 "(no gradient graph), so the Hessian is zero; check params and "
                 "that loss_fn is not computed under torch.no_grad()",
                 UserWarning,
                 stacklevel=3,
-            )
-        if samples_second != samples_first:
-            raise ValueError(
-                f"the data changed size between two passes ({samples_first} then "
-                f"{samples_second} samples); the operator needs the same samples "
-                "on every pass"
             )
 
         difference = float(torch.linalg.vector_norm(first - second))

@@ -1,4 +1,4 @@
-"""Validation of the operator's arguments, losses and vectors."""
+"""Validation of the Hessian operator's arguments, losses and vectors."""
 
 from __future__ import annotations
 
