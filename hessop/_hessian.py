@@ -28,6 +28,7 @@ from hessop._mpi import (
     check_same_everywhere,
     get_rank,
     get_size,
+    quiet_non_root_logging,
     run_collectively,
     state_checksum,
 )
@@ -227,6 +228,7 @@ class HessianOperator(LinearOperator):
     ):
         self.comm = comm
         self._rank = get_rank(comm)
+        quiet_non_root_logging(comm)
         run_collectively(
             comm,
             lambda: self._setup(

@@ -25,6 +25,20 @@ T = TypeVar("T")
 _KEPT_TYPES = (ValueError, TypeError, KeyError, IndexError)
 
 
+def quiet_non_root_logging(comm: Any) -> None:
+    """Keep hessop's INFO and DEBUG records on rank 0 only.
+
+    On every other rank the ``hessop`` logger's level is raised to WARNING,
+    which its child loggers inherit; warnings and errors still come from
+    every rank.
+    """
+    if comm is None or get_rank(comm) == 0:
+        return
+    package_logger = logging.getLogger("hessop")
+    if package_logger.getEffectiveLevel() < logging.WARNING:
+        package_logger.setLevel(logging.WARNING)
+
+
 def get_rank(comm: Any) -> int:
     """Return this process's rank, 0 without a communicator."""
     return 0 if comm is None else comm.Get_rank()

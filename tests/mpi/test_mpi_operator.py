@@ -4,6 +4,8 @@ Run under ``mpiexec -n N python -m pytest tests/mpi`` for any N; expected
 values are derived from the communicator's size.
 """
 
+import logging
+
 import numpy as np
 import pytest
 import torch
@@ -179,3 +181,15 @@ def test_bad_argument_on_one_rank_fails_everywhere(comm):
     loss_fn = "not callable" if comm.Get_rank() == size - 1 else nn.CrossEntropyLoss()
     with pytest.raises(TypeError, match=rf"rank {size - 1} of {size}.*callable"):
         HessianOperator(model(), loss_fn, partition(all_batches(), comm), comm=comm)
+
+
+def test_only_rank_zero_logs_info(comm, caplog):
+    with caplog.at_level(logging.INFO, logger="hessop._hessian"):
+        HessianOperator(
+            model(), nn.CrossEntropyLoss(), partition(all_batches(), comm), comm=comm
+        )
+    infos = [r for r in caplog.records if r.levelno == logging.INFO]
+    if comm.Get_rank() == 0:
+        assert infos
+    else:
+        assert not infos
