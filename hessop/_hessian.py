@@ -64,7 +64,7 @@ class HessianOperator(LinearOperator):
         \qquad
         H v = \sum_{b} \frac{n_b}{N} \nabla^2_\theta \bar\ell_b(\theta)\, v,
 
-    where batch :math:`b` holds :math:`n_b` samples and :math:`\bar\ell_b`
+    where batch :math:`b` contains :math:`n_b` samples and :math:`\bar\ell_b`
     is the mean loss that ``loss_fn`` returns for it. Weighting by
     :math:`n_b` makes a short last batch exact; a plain average of batch
     means would not be. With ``'sum'``, :math:`L(\theta) = \sum_i

@@ -20,8 +20,8 @@ logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-# Exception types that keep their type when they are raised on every rank;
-# any other type becomes a RuntimeError on the ranks where it did not occur.
+# Exception types that keep their type when they are raised on every rank.
+# Any other type becomes a RuntimeError on the ranks where it did not occur.
 _KEPT_TYPES = (ValueError, TypeError, KeyError, IndexError)
 
 
@@ -49,7 +49,7 @@ def get_size(comm: Any) -> int:
     return 1 if comm is None else comm.Get_size()
 
 
-def run_collectively(comm: Any, function: Callable[[], T], what: str) -> T:
+def run_collectively(comm: Any, function: Callable[[], T], operation: str) -> T:
     """Run ``function`` on every rank and fail on all ranks if one fails.
 
     Every rank calls ``function`` and then takes part in one ``allgather`` of
@@ -63,7 +63,7 @@ def run_collectively(comm: Any, function: Callable[[], T], what: str) -> T:
     comm : mpi4py communicator or None
     function : callable
         The rank's local work, with no collective operations inside.
-    what : str
+    operation : str
         A few words for the message, such as ``"the Hessian-vector product"``.
     """
     if comm is None:
@@ -81,7 +81,9 @@ def run_collectively(comm: Any, function: Callable[[], T], what: str) -> T:
         return result
 
     rank, (name, message) = failed[0]
-    summary = f"{what} failed on rank {rank} of {len(outcomes)} with {name}: {message}"
+    summary = (
+        f"{operation} failed on rank {rank} of {len(outcomes)} with {name}: {message}"
+    )
     if len(failed) > 1:
         others = ", ".join(str(r) for r, _ in failed[1:])
         summary += f" (ranks {others} failed too)"
@@ -97,8 +99,8 @@ def allreduce_sum(comm: Any, tensor: torch.Tensor) -> torch.Tensor:
     """Sum ``tensor`` over all ranks in place and return it.
 
     A CPU tensor is reduced through a numpy view of its memory. A CUDA
-    tensor is reduced in GPU memory when :func:`cuda_aware` says the MPI
-    library can read it, and through a host copy otherwise.
+    tensor is reduced in GPU memory when :func:`cuda_aware` reports that the
+    MPI library can read it, and through a host copy otherwise.
     """
     if comm is None or get_size(comm) == 1:
         return tensor
@@ -135,8 +137,8 @@ def cuda_aware() -> bool:
 
     The environment variable ``HESSOP_MPI_CUDA_AWARE`` decides when it is
     set (``1`` for yes, ``0`` for no). Otherwise mpi4py's
-    ``MPI.Query_cuda_support()`` decides where this mpi4py build has it, and
-    the answer is no where it has not.
+    ``MPI.Query_cuda_support()`` decides where this mpi4py build provides it,
+    and the result is no where it does not.
     """
     setting = os.environ.get("HESSOP_MPI_CUDA_AWARE")
     if setting is not None:
@@ -159,7 +161,7 @@ def state_checksum(tensors: Sequence[tuple[str, torch.Tensor]]) -> str:
     return digest.hexdigest()
 
 
-def check_same_everywhere(comm: Any, value: Any, what: str, fix: str) -> None:
+def check_same_everywhere(comm: Any, value: Any, description: str, fix: str) -> None:
     """Raise on every rank if ``value`` differs between ranks.
 
     The message names the first rank whose value differs from rank 0's.
@@ -170,7 +172,7 @@ def check_same_everywhere(comm: Any, value: Any, what: str, fix: str) -> None:
     for rank, other in enumerate(values):
         if other != values[0]:
             raise ValueError(
-                f"{what} differs between ranks: rank {rank} of {len(values)} "
+                f"{description} differs between ranks: rank {rank} of {len(values)} "
                 f"does not match rank 0; {fix}"
             )
 
