@@ -16,6 +16,12 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from hessop._data import BatchSource, NumSamplesFn, count_samples, to_device
+from hessop._graph_cache import (
+    CachedBatch,
+    GraphCache,
+    measure_saved_bytes,
+    parse_budget,
+)
 from hessop._layout import ParameterLayout
 from hessop._model import (
     ParamsArg,
@@ -74,7 +80,8 @@ class HessianOperator(LinearOperator):
     backpropagation (Pearlmutter 1994): one forward pass, one backward pass
     that keeps its graph, and one backward pass of :math:`\nabla L \cdot v`
     per batch. With a single batch the first-order graph is built once and
-    reused, so each later product costs only the second backward pass.
+    reused, so each later product costs only the second backward pass; with
+    several batches, ``cache_budget`` keeps their graphs the same way.
 
     Parameters
     ----------
@@ -124,6 +131,16 @@ class HessianOperator(LinearOperator):
     progress : bool, default False
         Show a ``tqdm`` progress bar over the batches of each product (on
         rank 0 only under MPI).
+    cache_budget : int, float or str, default 0
+        Memory, in bytes or as a string such as ``'2GiB'`` or
+        ``'unlimited'``, for the first-order graphs of batches kept between
+        products. A kept graph makes each later product of that batch cost
+        only its second backward pass. With a list of batches the leading
+        batches that fit are kept; with another iterable (a ``DataLoader``)
+        graphs are kept only when all batches fit, because a loader may
+        reorder its batches between passes. A single batch given as a tuple
+        always keeps its graph. The memory of a graph is estimated from the
+        tensors autograd saves for it.
     comm : mpi4py communicator, optional
         Distribute the products over MPI ranks. Each rank passes its own
         batches as ``data`` (see :func:`hessop.partition`); each product sums
@@ -225,6 +242,7 @@ class HessianOperator(LinearOperator):
         check_deterministic: bool = True,
         progress: bool = False,
         comm: Any = None,
+        cache_budget: int | float | str = 0,
     ):
         self.comm = comm
         self._rank = get_rank(comm)
@@ -242,6 +260,7 @@ class HessianOperator(LinearOperator):
                 device,
                 dtype,
                 progress,
+                cache_budget,
             ),
             "constructing the HessianOperator",
         )
@@ -293,6 +312,7 @@ class HessianOperator(LinearOperator):
         device,
         dtype,
         progress,
+        cache_budget,
     ) -> None:
         """Validate the arguments and build this rank's state, without collectives."""
         if not isinstance(model, nn.Module):
@@ -333,7 +353,12 @@ class HessianOperator(LinearOperator):
         self._leaves: list[torch.Tensor] = []
         self._fixed: dict[str, torch.Tensor] = {}
         self._fingerprint: tuple[Any, ...] | None = None
-        self._cache: tuple[list[torch.Tensor], list[int]] | None = None
+        if self._source.single_batch:
+            self._graph_cache = GraphCache(math.inf, indexable=True)
+        else:
+            self._graph_cache = GraphCache(
+                parse_budget(cache_budget), indexable=isinstance(data, (list, tuple))
+            )
         self._graphless_batches: set[int] = set()
         self._sync_with_model()
 
@@ -456,8 +481,8 @@ class HessianOperator(LinearOperator):
         return dense
 
     def clear_cache(self) -> None:
-        """Release the cached first-order graph, if there is one."""
-        self._cache = None
+        """Release the cached first-order graphs; later products rebuild them."""
+        self._graph_cache.clear()
 
     def __repr__(self) -> str:
         n = self.shape[0]
@@ -586,12 +611,19 @@ class HessianOperator(LinearOperator):
     ) -> tuple[torch.Tensor, int, int]:
         """Return the sample-weighted sum of batch products, N and the batch count.
 
-        ``use_cache`` reuses (and, if missing, stores) the first-order graph
-        of a single-batch source.
+        ``use_cache`` reuses the cached first-order graphs and offers new ones
+        to the cache; without it every batch is recomputed and nothing is kept.
         """
+        cache = self._graph_cache
+        if use_cache and cache.complete:
+            return self._pass_from_cache(Vt)
+        if use_cache and not cache.indexable:
+            cache.entries.clear()
+
         total = torch.zeros_like(Vt)
         num_samples = 0
         num_batches = 0
+        empty_batches = 0
         batches = tqdm(
             self._source,
             total=self.num_batches or None,
@@ -599,32 +631,59 @@ class HessianOperator(LinearOperator):
             disable=not self._progress,
             leave=False,
         )
-        cacheable = use_cache and self._source.single_batch
         with torch.enable_grad():
             for index, (inputs, targets) in enumerate(batches):
                 num_batches += 1
                 count = count_samples(inputs, targets, index, self._num_samples_fn)
                 if count == 0:
+                    empty_batches += 1
                     continue
                 num_samples += count
-                if cacheable and self._cache is not None:
-                    grads, used = self._cache
-                else:
+                entry = cache.entries.get(index) if use_cache else None
+                if entry is None and use_cache and not cache.gave_up:
+                    with measure_saved_bytes(self._leaves) as saved:
+                        grads, used = self._first_order(inputs, targets, index)
+                    nbytes = saved[0] + sum(g.numel() * g.element_size() for g in grads)
+                    entry = CachedBatch(index, count, grads, used, nbytes)
+                    kept = cache.offer(entry)
+                elif entry is None:
                     grads, used = self._first_order(inputs, targets, index)
-                    if cacheable:
-                        self._cache = (grads, used)
-                weight = count if self.reduction == "mean" else 1
+                    kept = False
+                else:
+                    grads, used, kept = entry.grads, entry.used, True
                 product = second_order(
-                    grads, used, self._leaves, self.layout, Vt, retain=cacheable
+                    grads, used, self._leaves, self.layout, Vt, retain=kept
                 )
-                if not bool(torch.isfinite(product).all()):
-                    raise ValueError(
-                        f"the Hessian-vector product of batch {index} is not "
-                        "finite (NaN or inf); check the model and data of that "
-                        "batch, or use dtype=torch.float64"
-                    )
-                total.add_(product, alpha=weight)
+                self._accumulate(total, product, count, index)
+        if use_cache:
+            cache.finish_pass(num_batches, empty_batches)
         return total, num_samples, num_batches
+
+    def _pass_from_cache(self, Vt: torch.Tensor) -> tuple[torch.Tensor, int, int]:
+        """Run a pass on cached graphs alone, without touching the data."""
+        total = torch.zeros_like(Vt)
+        num_samples = 0
+        entries = sorted(self._graph_cache.entries.values(), key=lambda e: e.index)
+        with torch.enable_grad():
+            for entry in entries:
+                num_samples += entry.count
+                product = second_order(
+                    entry.grads, entry.used, self._leaves, self.layout, Vt, retain=True
+                )
+                self._accumulate(total, product, entry.count, entry.index)
+        return total, num_samples, len(entries) + self._graph_cache.empty_batches
+
+    def _accumulate(
+        self, total: torch.Tensor, product: torch.Tensor, count: int, index: int
+    ) -> None:
+        if not bool(torch.isfinite(product).all()):
+            raise ValueError(
+                f"the Hessian-vector product of batch {index} is not "
+                "finite (NaN or inf); check the model and data of that "
+                "batch, or use dtype=torch.float64"
+            )
+        weight = count if self.reduction == "mean" else 1
+        total.add_(product, alpha=weight)
 
     def _first_order(
         self, inputs: Any, targets: Any, index: int
@@ -658,7 +717,7 @@ class HessianOperator(LinearOperator):
             return
         if self._fingerprint is not None:
             logger.debug("model state changed; rebuilding the Hessian operator's cache")
-        self._cache = None
+        self._graph_cache.clear()
 
         if self._copy_model:
             try:

@@ -106,8 +106,8 @@ def test_cached_graph_released_on_delete():
     model = mlp()
     H = HessianOperator(model, nn.CrossEntropyLoss(), data())
     H.matvec(np.ones(H.shape[0]))
-    assert H._cache is not None
-    cached = weakref.ref(H._cache[0][0])
+    assert H._graph_cache.complete
+    cached = weakref.ref(H._graph_cache.entries[0].grads[0])
     del H
     gc.collect()
     assert cached() is None
@@ -115,7 +115,7 @@ def test_cached_graph_released_on_delete():
 
 def test_clear_cache_releases_graph():
     H = HessianOperator(mlp(), nn.CrossEntropyLoss(), data())
-    cached = weakref.ref(H._cache[0][0])
+    cached = weakref.ref(H._graph_cache.entries[0].grads[0])
     H.clear_cache()
     gc.collect()
     assert cached() is None
