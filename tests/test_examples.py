@@ -10,6 +10,7 @@ import pytest
 
 import hessop._hessian
 import hessop._layout
+import hessop._mpi
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -40,7 +41,51 @@ def test_digits_eigsh_example():
     assert max(residuals) <= 1e-4  # eigsh tol=1e-6 on eigenvalues of order 0.1-1
 
 
-@pytest.mark.parametrize("module", [hessop._hessian, hessop._layout])
+def test_eigsh_lobpcg_example():
+    result = run_example("eigsh_lobpcg.py")
+    assert result.returncode == 0, result.stderr
+    difference = float(result.stdout.split("two:")[1])
+    assert difference <= 1e-6  # eigsh tol 1e-10, lobpcg tol 1e-8
+
+
+def test_explicit_hessian_check_example():
+    result = run_example("explicit_hessian_check.py")
+    assert result.returncode == 0, result.stderr + result.stdout
+    assert "max relative difference" in result.stdout
+
+
+def test_influence_cg_example():
+    result = run_example("influence_cg.py")
+    assert result.returncode == 0, result.stderr + result.stdout
+    assert "info 0" in result.stdout
+
+
+def test_mpi_example_two_ranks():
+    pytest.importorskip("mpi4py")
+    mpiexec = Path(sys.executable).parent / "mpiexec"
+    if not mpiexec.exists():
+        pytest.skip("mpiexec is not installed beside this Python")
+    result = subprocess.run(
+        [
+            str(mpiexec),
+            "-n",
+            "2",
+            sys.executable,
+            "-m",
+            "mpi4py",
+            str(ROOT / "examples" / "mpi_eigsh.py"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "2 ranks, 1797 samples" in result.stdout
+    assert "identical on every rank: True" in result.stdout
+
+
+@pytest.mark.parametrize("module", [hessop._hessian, hessop._layout, hessop._mpi])
 def test_docstring_examples(module):
     failures, _ = doctest.testmod(module, optionflags=doctest.NORMALIZE_WHITESPACE)
     assert failures == 0
