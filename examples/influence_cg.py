@@ -48,9 +48,8 @@ def main() -> None:
     start = H.num_matvecs
     solution, info = scipy.sparse.linalg.cg(damped, g, rtol=1e-8, maxiter=300)
     residual = np.linalg.norm(damped @ solution - g) / np.linalg.norm(g)
-    print(
-        f"cg: info {info}, {H.num_matvecs - start} products, relative residual {residual:.1e}"
-    )
+    used = H.num_matvecs - start
+    print(f"cg: info {info}, {used} products, relative residual {residual:.1e}")
     if info != 0:
         raise SystemExit("cg did not converge; raise the damping or maxiter")
 
