@@ -16,8 +16,6 @@ from typing import Any, TypeVar
 import numpy as np
 import torch
 
-logger = logging.getLogger(__name__)
-
 T = TypeVar("T")
 
 # Exception types that keep their type when they are raised on every rank.
@@ -90,8 +88,6 @@ def run_collectively(comm: Any, function: Callable[[], T], operation: str) -> T:
     kind = type(error) if isinstance(error, _KEPT_TYPES) else None
     if kind is None:
         kind = {cls.__name__: cls for cls in _KEPT_TYPES}.get(name, RuntimeError)
-    if get_rank(comm) == rank:
-        logger.error("%s", summary)
     raise kind(summary) from error
 
 
