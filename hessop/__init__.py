@@ -23,6 +23,14 @@ from hessop._slq import slq
 from hessop._trace import hutchinson, trace
 from hessop._version import __version__
 from hessop._warnings import ConvergenceWarning
+from hessop.landscape import (
+    LossLandscape,
+    filter_normalized_direction,
+    loss_gradient,
+    loss_landscape_1d,
+    loss_landscape_2d,
+)
+from hessop.stages import default_blocks, parameter_blocks, select_block
 
 __all__ = [
     "ConvergenceWarning",
@@ -31,17 +39,25 @@ __all__ = [
     "EigenResult",
     "HessianOperator",
     "LanczosResult",
+    "LossLandscape",
     "ParameterInfo",
     "ParameterLayout",
     "SpectralDensity",
     "TraceResult",
     "__version__",
+    "default_blocks",
     "diagonal",
     "eigenvalues",
+    "filter_normalized_direction",
     "hutchinson",
     "lanczos",
+    "loss_gradient",
+    "loss_landscape_1d",
+    "loss_landscape_2d",
+    "parameter_blocks",
     "partition",
     "power_iteration",
+    "select_block",
     "slq",
     "trace",
 ]
