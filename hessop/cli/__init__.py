@@ -14,13 +14,13 @@ import sys
 from collections.abc import Sequence
 
 from hessop._version import __version__
-from hessop.cli import _analyze
+from hessop.cli import _analyze, _study, _train
 from hessop.cli._errors import EXIT_USAGE, ArgumentParser, run_reporting_errors
 
 __all__ = ["build_parser", "main"]
 
 # Modules of the subcommands, in the order of ``hessop --help``.
-COMMANDS = (_analyze,)
+COMMANDS = (_analyze, _train, _study)
 
 # Environment variables through which MPI launchers give a process its rank:
 # MPICH and Intel MPI (Hydra), Open MPI, MVAPICH and PMIx.
