@@ -4,7 +4,7 @@ Influence functions need ``(H + lambda I)^{-1} g`` for a gradient ``g``. The
 operator's sum with a scaled identity is again a LinearOperator, so
 ``scipy.sparse.linalg.cg`` solves the system with one Hessian-vector product
 per iteration. The damping ``lambda`` must make ``H + lambda I`` positive
-definite, so it must exceed minus the smallest eigenvalue of ``H``; this
+definite, so it must exceed minus the smallest eigenvalue of ``H``. This
 script computes that eigenvalue first with ``eigsh``.
 
 Run it with ``python examples/influence_cg.py``.

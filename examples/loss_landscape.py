@@ -55,8 +55,8 @@ def main() -> None:
     along_random = loss_landscape_1d(model, loss_fn, (x, y), random, alphas)
 
     # The central second difference of the loss along a unit eigenvector
-    # approximates its eigenvalue to O(step^2); a step of 0.01 keeps that
-    # error far below the difference between eigenvector and random profiles.
+    # approximates its eigenvalue to O(step^2). A step of 0.01 keeps that
+    # error far below the gap between the eigenvector and random profiles.
     step = 0.01
     near = loss_landscape_1d(model, loss_fn, (x, y), eigenvector, [-step, 0.0, step])
     below, center, above = np.asarray(near.losses)

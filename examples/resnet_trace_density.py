@@ -1,7 +1,7 @@
 """Trace and spectral density of a ResNet's Hessian on handwritten digits.
 
 A CIFAR-style ResNet-8 is trained briefly on scikit-learn's digits (native
-1x8x8 images), then the Hessian of its loss over 400 training images gets a
+1x8x8 images). The Hessian of its loss over 400 training images then gets a
 trace estimate (Hutchinson and Hutch++ at the same product budget) and a
 spectral density by Stochastic Lanczos Quadrature. The density is saved as a
 PNG on a log scale, as in PyHessian's figures.
