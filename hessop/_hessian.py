@@ -2,61 +2,50 @@
 
 from __future__ import annotations
 
-import copy
 import logging
 import math
-import warnings
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import torch
-from scipy.sparse.linalg import LinearOperator
 from torch import nn
-from tqdm.auto import tqdm
 
-from hessop._data import BatchSource, NumSamplesFn, count_samples, to_device
-from hessop._graph_cache import (
-    CachedBatch,
-    GraphCache,
-    measure_saved_bytes,
-    parse_budget,
-)
+from hessop._data import BatchSource, NumSamplesFn
+from hessop._graph_cache import GraphCache, parse_budget
 from hessop._layout import ParameterLayout
 from hessop._model import (
     ParamsArg,
     select_parameters,
-    state_fingerprint,
 )
 from hessop._mpi import (
     allreduce_int,
-    allreduce_sum,
-    check_same_everywhere,
     get_rank,
     get_size,
     quiet_non_root_logging,
     run_collectively,
-    state_checksum,
 )
 from hessop._operator_checks import (
     NUMPY_DTYPES,
-    check_numeric,
-    nondeterminism_message,
     resolve_device,
     resolve_dtype,
     resolve_reduction,
 )
-from hessop._products import first_order, second_order
+from hessop._operator_state import OperatorState
+from hessop._passes import ProductOptions, ProductPasses
+from hessop._scipy_interface import ScipyInterface
 
 __all__ = ["HessianOperator"]
 
 logger = logging.getLogger(__name__)
 
-# Seed of the probe vector that the determinism check multiplies twice.
-_CHECK_SEED = 0
+# Default maximum number of columns per pass in matmat and hvp. It matches the
+# default block of hessop.trace, so that each of its matmat calls is one pass
+# over the data.
+DEFAULT_BLOCK_SIZE = 16
 
 
-class HessianOperator(LinearOperator):
+class HessianOperator(ProductPasses, OperatorState, ScipyInterface):
     r"""Hessian of a model's loss over a whole dataset, as a LinearOperator.
 
     The operator is the Hessian, with respect to the selected parameters
@@ -82,6 +71,8 @@ class HessianOperator(LinearOperator):
     per batch. With a single batch the first-order graph is built once and
     reused, so each later product costs only the second backward pass; with
     several batches, ``cache_budget`` keeps their graphs the same way.
+    ``backend='func'`` computes the same products by forward-over-reverse
+    differentiation instead.
 
     Parameters
     ----------
@@ -141,6 +132,37 @@ class HessianOperator(LinearOperator):
         reorder its batches between passes. A single batch given as a tuple
         always keeps its graph. The memory of a graph is estimated from the
         tensors autograd saves for it.
+    backend : {'autograd', 'func'}, default 'autograd'
+        How each batch's product is computed. 'autograd': double
+        backpropagation with :func:`torch.autograd.grad`, as described
+        above. 'func': forward over reverse with :mod:`torch.func`. A batch
+        whose result may be cached (a single batch, or one within
+        ``cache_budget``) is linearised once with
+        :func:`torch.func.linearize`, and each later product runs only the
+        tangent part of the traced graph. Any other batch runs
+        :func:`torch.func.jvp` of :func:`torch.func.grad` for each vector,
+        forward pass included. The default is the faster one in measurement
+        (see Notes).
+    layer_rules : bool, default True
+        With backend 'autograd', evaluate convolutions, BatchNorm in eval
+        mode and ReLU (not in place) through hessop's own second-derivative
+        rules instead of PyTorch's. The products agree to rounding error;
+        only their speed differs (see Notes). 'func' has no rules to replace
+        and ignores the flag.
+    compile : bool, default False
+        With backend 'func', run every product through one
+        :func:`torch.compile` of ``jvp(grad(loss))``, forward pass included,
+        and keep no batch linearised. The first product of each batch shape
+        pays the compilation. Backend 'autograd' rejects it, because
+        ``torch.compile`` cannot compile double backward (PyTorch 2.13:
+        "aot_autograd does not currently support double backward").
+    block_size : int or None, default 16
+        Most columns of ``matmat`` and ``hvp`` per pass over the data. A pass
+        holds about four blocks of ``block_size`` vectors of length ``n`` on
+        the device, besides the caller's arrays, so the block bounds the
+        memory of a wide ``matmat``. Each further pass repeats the forward
+        and first backward pass of every batch whose graph is not cached.
+        ``None`` puts all columns in one pass.
     comm : mpi4py communicator, optional
         Distribute the products over MPI ranks. Each rank passes its own
         batches as ``data`` (see :func:`hessop.partition`); each product sums
@@ -203,6 +225,17 @@ class HessianOperator(LinearOperator):
     ``Allreduce``, and every rank raises an error that names the failing
     rank and its message.
 
+    Cost. A product on a cached graph costs about two gradients (forward
+    and backward pass). Its second backward pass runs six convolutions per
+    convolution layer, four to differentiate the two convolutions of the
+    first backward pass and two to differentiate the forward one, against
+    three in a gradient. ``layer_rules`` brings the rest of the pass close
+    to that count; ``backend='func'`` costs about the same once a batch is
+    linearised, and more without a cache, because each vector then repeats
+    the forward pass. The benchmark page of the documentation lists the
+    ratios measured by ``benchmarks/compare.py`` for every option and for
+    PyHessian, curvlinops and hessian-eigenthings.
+
     .. warning::
        A ``device`` or ``dtype`` different from the model's makes the
        operator work on a converted deep copy of the model, which costs the
@@ -243,6 +276,10 @@ class HessianOperator(LinearOperator):
         progress: bool = False,
         comm: Any = None,
         cache_budget: int | float | str = 0,
+        backend: str = "autograd",
+        layer_rules: bool = True,
+        compile: bool = False,
+        block_size: int | None = DEFAULT_BLOCK_SIZE,
     ):
         self.comm = comm
         self._rank = get_rank(comm)
@@ -261,6 +298,7 @@ class HessianOperator(LinearOperator):
                 dtype,
                 progress,
                 cache_budget,
+                ProductOptions(backend, layer_rules, compile, block_size),
             ),
             "constructing the HessianOperator",
         )
@@ -313,6 +351,7 @@ class HessianOperator(LinearOperator):
         dtype,
         progress,
         cache_budget,
+        options,
     ) -> None:
         """Validate the arguments and build this rank's state, without collectives."""
         if not isinstance(model, nn.Module):
@@ -360,27 +399,8 @@ class HessianOperator(LinearOperator):
                 parse_budget(cache_budget), indexable=isinstance(data, (list, tuple))
             )
         self._graphless_batches: set[int] = set()
+        self._set_product_options(options)
         self._sync_with_model()
-
-    def _check_ranks_agree(self) -> None:
-        """Raise on every rank unless all ranks hold the same parameters."""
-        if self.comm is None:
-            return
-        check_same_everywhere(
-            self.comm,
-            (self.layout.names, self.layout.shapes, str(self.torch_dtype)),
-            "the parameter layout (names, shapes and dtype)",
-            "build the same model and pass the same params on every rank",
-        )
-        state = [(name, p) for name, p in self._model.named_parameters()]
-        state += [(name, b) for name, b in self._model.named_buffers()]
-        check_same_everywhere(
-            self.comm,
-            state_checksum(state),
-            "the parameter and buffer values (SHA-256 of their bytes)",
-            "load the same weights on every rank, for instance by broadcasting "
-            "rank 0's state_dict",
-        )
 
     # ------------------------------------------------------------------
     # The torch-native interface
@@ -401,14 +421,23 @@ class HessianOperator(LinearOperator):
 
         Notes
         -----
-        Costs one Hessian-vector product per column: one pass over the data
-        that shares the forward pass and first backward pass of each batch
-        among the columns.
+        Costs one Hessian-vector product per column. The columns go through
+        the data in blocks of ``block_size``, and each pass shares the
+        forward pass and first backward pass of every batch among the
+        columns of its block.
         """
         n = self.shape[0]
         run_collectively(self.comm, lambda: self._check_tensor(v), "checking v")
-        result = self._apply(v.reshape(n, -1).T.contiguous())
-        return result.T.reshape(v.shape)
+        V = v.reshape(n, -1)
+        result = torch.empty_like(V)
+
+        def store(start: int, stop: int, block: torch.Tensor) -> None:
+            result[:, start:stop] = block.T
+
+        self._apply_blocks(
+            V.shape[1], lambda start, stop: V[:, start:stop].T.contiguous(), store
+        )
+        return result.reshape(v.shape)
 
     def _check_tensor(self, v: Any) -> None:
         n = self.shape[0]
@@ -492,332 +521,3 @@ class HessianOperator(LinearOperator):
             f"reduction={self.reduction!r}, dtype={self.torch_dtype}, "
             f"device={self.device}>"
         )
-
-    # ------------------------------------------------------------------
-    # scipy's LinearOperator interface
-
-    def dot(self, x):
-        """Multiply by a vector, a matrix, a scalar or another LinearOperator."""
-        if not isinstance(x, LinearOperator) and not np.isscalar(x):
-            x = np.asanyarray(x)
-            run_collectively(
-                self.comm, lambda: self._check_array(x, "x", (1, 2)), "checking x"
-            )
-        return super().dot(x)
-
-    def matvec(self, x):
-        """Multiply by a vector of shape ``(n,)`` or ``(n, 1)``."""
-        x = np.asanyarray(x)
-        run_collectively(
-            self.comm, lambda: self._check_array(x, "x", (1,)), "checking x"
-        )
-        return super().matvec(x)
-
-    def matmat(self, X):
-        """Multiply by a matrix of shape ``(n, k)``."""
-        X = np.asanyarray(X)
-        run_collectively(
-            self.comm, lambda: self._check_array(X, "X", (2,)), "checking X"
-        )
-        return super().matmat(X)
-
-    def _check_array(self, x: np.ndarray, name: str, ndims: tuple[int, ...]) -> None:
-        n = self.shape[0]
-        if ndims == (1,):
-            valid = x.shape in ((n,), (n, 1))
-            expected = f"({n},) or ({n}, 1)"
-        else:
-            valid = x.ndim in ndims and x.shape[0] == n
-            expected = f"({n},) or ({n}, k)" if 1 in ndims else f"({n}, k)"
-        if not valid:
-            raise ValueError(
-                f"dimension mismatch: the operator has shape ({n}, {n}), so {name} "
-                f"must have shape {expected}; got {x.shape}"
-            )
-        check_numeric(x, name)
-
-    def rmatvec(self, x):
-        """Multiply by a vector from the left, the same as ``matvec``."""
-        return self.matvec(x)
-
-    def rmatmat(self, X):
-        """Multiply by a matrix from the left, the same as ``matmat``."""
-        return self.matmat(X)
-
-    def _matvec(self, x):
-        return self._matmat(np.asarray(x).reshape(-1, 1)).reshape(-1)
-
-    def _matmat(self, X):
-        X = np.asarray(X)
-        out_dtype = np.result_type(X.dtype, self.dtype)
-        if np.iscomplexobj(X):
-            k = X.shape[1]
-            Y = self._matmat_real(np.concatenate([X.real, X.imag], axis=1))
-            return (Y[:, :k] + 1j * Y[:, k:]).astype(out_dtype, copy=False)
-        return self._matmat_real(X).astype(out_dtype, copy=False)
-
-    def _matmat_real(self, X: np.ndarray) -> np.ndarray:
-        Vt = torch.as_tensor(
-            np.ascontiguousarray(X.T), dtype=self.torch_dtype, device=self.device
-        )
-        return self._apply(Vt).T.cpu().numpy()
-
-    def _rmatvec(self, x):
-        return self._matvec(x)
-
-    def _rmatmat(self, X):
-        return self._matmat(X)
-
-    def _adjoint(self):
-        return self
-
-    def _transpose(self):
-        return self
-
-    # ------------------------------------------------------------------
-    # Products
-
-    def _apply(self, Vt: torch.Tensor) -> torch.Tensor:
-        """Return ``(H @ Vt.T).T`` for ``Vt`` of shape ``(k, n)``.
-
-        Under MPI each rank sums its own batches, the ranks agree that none
-        failed, and one ``Allreduce`` sums the results.
-        """
-
-        def local() -> torch.Tensor:
-            self._sync_with_model()
-            total, num_samples, _ = self._pass(Vt, use_cache=True)
-            if num_samples != self.num_local_samples:
-                raise ValueError(
-                    f"the data changed size: the operator was built on "
-                    f"{self.num_local_samples} samples but this pass saw "
-                    f"{num_samples}; a collection of batches must give the same "
-                    "samples on every pass"
-                )
-            return total
-
-        total = run_collectively(self.comm, local, "the Hessian-vector product")
-        allreduce_sum(self.comm, total)
-        self.num_matvecs += Vt.shape[0]
-        return self._normalise(total)
-
-    def _normalise(self, total: torch.Tensor) -> torch.Tensor:
-        if self.reduction == "mean":
-            return total / self.num_samples
-        return total
-
-    def _pass(
-        self, Vt: torch.Tensor, *, use_cache: bool
-    ) -> tuple[torch.Tensor, int, int]:
-        """Return the sample-weighted sum of batch products, N and the batch count.
-
-        ``use_cache`` reuses the cached first-order graphs and offers new ones
-        to the cache; without it every batch is recomputed and nothing is kept.
-        """
-        cache = self._graph_cache
-        if use_cache and cache.complete:
-            return self._pass_from_cache(Vt)
-        if use_cache and not cache.indexable:
-            cache.entries.clear()
-
-        total = torch.zeros_like(Vt)
-        num_samples = 0
-        num_batches = 0
-        empty_batches = 0
-        batches = tqdm(
-            self._source,
-            total=self.num_batches or None,
-            desc="Hessian-vector product",
-            disable=not self._progress,
-            leave=False,
-        )
-        with torch.enable_grad():
-            for index, (inputs, targets) in enumerate(batches):
-                num_batches += 1
-                count = count_samples(inputs, targets, index, self._num_samples_fn)
-                if count == 0:
-                    empty_batches += 1
-                    continue
-                num_samples += count
-                entry = cache.entries.get(index) if use_cache else None
-                if entry is None and use_cache and not cache.gave_up:
-                    with measure_saved_bytes(self._leaves) as saved:
-                        grads, used = self._first_order(inputs, targets, index)
-                    nbytes = saved[0] + sum(g.numel() * g.element_size() for g in grads)
-                    entry = CachedBatch(index, count, grads, used, nbytes)
-                    kept = cache.offer(entry)
-                elif entry is None:
-                    grads, used = self._first_order(inputs, targets, index)
-                    kept = False
-                else:
-                    grads, used, kept = entry.grads, entry.used, True
-                product = second_order(
-                    grads, used, self._leaves, self.layout, Vt, retain=kept
-                )
-                self._accumulate(total, product, count, index)
-        if use_cache:
-            cache.finish_pass(num_batches, empty_batches)
-        return total, num_samples, num_batches
-
-    def _pass_from_cache(self, Vt: torch.Tensor) -> tuple[torch.Tensor, int, int]:
-        """Run a pass on cached graphs alone, without touching the data."""
-        total = torch.zeros_like(Vt)
-        num_samples = 0
-        entries = sorted(self._graph_cache.entries.values(), key=lambda e: e.index)
-        with torch.enable_grad():
-            for entry in entries:
-                num_samples += entry.count
-                product = second_order(
-                    entry.grads, entry.used, self._leaves, self.layout, Vt, retain=True
-                )
-                self._accumulate(total, product, entry.count, entry.index)
-        return total, num_samples, len(entries) + self._graph_cache.empty_batches
-
-    def _accumulate(
-        self, total: torch.Tensor, product: torch.Tensor, count: int, index: int
-    ) -> None:
-        if not bool(torch.isfinite(product).all()):
-            raise ValueError(
-                f"the Hessian-vector product of batch {index} is not "
-                "finite (NaN or inf); check the model and data of that "
-                "batch, or use dtype=torch.float64"
-            )
-        weight = count if self.reduction == "mean" else 1
-        total.add_(product, alpha=weight)
-
-    def _first_order(
-        self, inputs: Any, targets: Any, index: int
-    ) -> tuple[list[torch.Tensor], list[int]]:
-        """Run the forward pass and the first backward pass of one batch."""
-        state = dict(self._fixed)
-        for name, leaf in zip(self.layout.names, self._leaves, strict=True):
-            state[name] = leaf
-        grads, used = first_order(
-            self._model,
-            self._loss_fn,
-            state,
-            self._leaves,
-            to_device(inputs, self.device, self.torch_dtype),
-            to_device(targets, self.device, self.torch_dtype),
-            train_mode=self._train_mode,
-            index=index,
-        )
-        if grads is None:
-            self._graphless_batches.add(index)
-            return [], []
-        return grads, used
-
-    # ------------------------------------------------------------------
-    # Construction helpers
-
-    def _sync_with_model(self) -> None:
-        """Rebuild the working model and parameter aliases if the model changed."""
-        fingerprint = state_fingerprint(self._caller_model)
-        if fingerprint == self._fingerprint:
-            return
-        if self._fingerprint is not None:
-            logger.debug("model state changed; rebuilding the Hessian operator's cache")
-        self._graph_cache.clear()
-
-        if self._copy_model:
-            try:
-                model = copy.deepcopy(self._caller_model)
-            except Exception as error:
-                raise TypeError(
-                    f"cannot copy the model to convert it to {self.torch_dtype} on "
-                    f"{self.device}: {error}; convert the model yourself and pass "
-                    "dtype=None, device=None"
-                ) from error
-            self._model = model.to(device=self.device, dtype=self.torch_dtype)
-        else:
-            self._model = self._caller_model
-
-        selected = set(self.layout.names)
-        leaves = []
-        for entry in self.layout:
-            try:
-                parameter = self._model.get_parameter(entry.name)
-            except AttributeError:
-                raise ValueError(
-                    f"parameter {entry.name!r} is no longer part of the model; "
-                    "build a new HessianOperator after changing the model's structure"
-                ) from None
-            if tuple(parameter.shape) != entry.shape:
-                raise ValueError(
-                    f"parameter {entry.name!r} changed shape from {entry.shape} to "
-                    f"{tuple(parameter.shape)}; build a new HessianOperator"
-                )
-            leaves.append(parameter.detach().requires_grad_(True))
-        self._leaves = leaves
-        # The other parameters enter as constants, so autograd builds no graph
-        # for them. Tied aliases of selected parameters are left out: the
-        # functional call ties them to the value given under the first name.
-        self._fixed = {
-            name: parameter.detach()
-            for name, parameter in self._model.named_parameters()
-            if name not in selected
-        }
-        self._fingerprint = fingerprint
-
-    def _count_samples(self) -> tuple[int, int]:
-        num_samples = 0
-        num_batches = 0
-        for index, (inputs, targets) in enumerate(self._source):
-            num_batches += 1
-            num_samples += count_samples(inputs, targets, index, self._num_samples_fn)
-        return num_samples, num_batches
-
-    def _check_deterministic(self) -> None:
-        """Multiply one vector twice and raise if the results differ."""
-        n = self.shape[0]
-        generator = torch.Generator().manual_seed(_CHECK_SEED)
-        v = torch.randn(1, n, generator=generator, dtype=torch.float64)
-        v = v.to(device=self.device, dtype=self.torch_dtype)
-
-        first, samples_first, batches_first = run_collectively(
-            self.comm,
-            lambda: self._pass(v, use_cache=False),
-            "the first product of the determinism check",
-        )
-        self.num_local_samples, self.num_batches = samples_first, batches_first
-        self.num_samples = allreduce_int(self.comm, samples_first)
-        if self.num_samples == 0:
-            return
-        allreduce_sum(self.comm, first)
-
-        def second_pass() -> torch.Tensor:
-            second, samples_second, _ = self._pass(v, use_cache=True)
-            if samples_second != samples_first:
-                raise ValueError(
-                    "the data changed size between two passes "
-                    f"({samples_first} then {samples_second} samples); the "
-                    "operator needs the same samples on every pass"
-                )
-            return second
-
-        second = run_collectively(
-            self.comm, second_pass, "the second product of the determinism check"
-        )
-        allreduce_sum(self.comm, second)
-        graphless = allreduce_int(self.comm, len(self._graphless_batches))
-        if graphless == allreduce_int(self.comm, batches_first):
-            warnings.warn(
-                "the loss does not depend on the selected parameters in any batch "
-                "(no gradient graph), so the Hessian is zero; check params and "
-                "that loss_fn is not computed under torch.no_grad()",
-                UserWarning,
-                stacklevel=3,
-            )
-
-        difference = float(torch.linalg.vector_norm(first - second))
-        scale = max(
-            float(torch.linalg.vector_norm(first)),
-            float(torch.linalg.vector_norm(second)),
-        )
-        tolerance = math.sqrt(torch.finfo(self.torch_dtype).eps)
-        if difference > tolerance * scale:
-            raise ValueError(
-                nondeterminism_message(
-                    self._model, self._train_mode, difference / scale, tolerance
-                )
-            )
