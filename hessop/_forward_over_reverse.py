@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -73,24 +74,51 @@ def gradient_function(
     return torch.func.grad_and_value(loss_of, argnums=tuple(range(len(names))))
 
 
-def linearize(
-    gradient: GradientFn, primals: Sequence[torch.Tensor], index: int
-) -> tuple[Callable[..., Any], float]:
-    """Linearise ``gradient`` at ``primals``.
+def linearize_checked(
+    gradient: GradientFn,
+    primals: Sequence[torch.Tensor],
+    layout: ParameterLayout,
+    Vt: torch.Tensor,
+    index: int,
+) -> tuple[Callable[..., Any], torch.Tensor]:
+    r"""Linearise ``gradient`` at ``primals`` and multiply each row of ``Vt``.
+
+    The first row is also multiplied by :func:`torch.func.jvp`, and the two
+    results must agree to :math:`\sqrt{\epsilon}` relative. In PyTorch 2.13
+    :func:`torch.func.linearize` returned wrong values for convolutions with
+    ``padding_mode='circular'`` where ``jvp`` was right, and it crashed the
+    interpreter for :class:`torch.nn.MSELoss`, where ``jvp`` raises first.
 
     Returns
     -------
     jvp : callable
         Maps tangents (one per primal) to the tangents of ``(gradient, loss)``.
-    nbytes : float
-        Bytes of the constants the linearised graph holds, other than the
-        primals themselves; ``inf`` where they cannot be found.
+    product : torch.Tensor
+        The batch Hessian times each row of ``Vt``, shape ``(k, n)``.
+
+    Raises
+    ------
+    RuntimeError
+        If torch.func fails on the model, or the two products disagree.
     """
-    with warnings.catch_warnings():
+    expected = jvp_products(gradient, primals, layout, Vt[:1], index)
+    with _func_errors(index), warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=_FOLD_WARNING)
         (_, loss), jvp = torch.func.linearize(gradient, *primals)
-    check_loss(loss, index)
-    return jvp, _constant_bytes(jvp, primals)
+        check_loss(loss, index)
+        product = linearized_products(jvp, layout, Vt)
+    difference = float(torch.linalg.vector_norm(product[0] - expected[0]))
+    scale = float(torch.linalg.vector_norm(expected[0]))
+    tolerance = math.sqrt(torch.finfo(Vt.dtype).eps)
+    if not difference <= tolerance * scale:
+        relative = difference / max(scale, torch.finfo(Vt.dtype).tiny)
+        raise RuntimeError(
+            f"torch.func.linearize gave a Hessian-vector product of batch {index} "
+            f"that differs from torch.func.jvp's by {relative:.2e} relative "
+            f"(tolerance {tolerance:.1e}), a defect of PyTorch {torch.__version__}; "
+            "use backend='autograd', the default"
+        )
+    return jvp, product
 
 
 def linearized_products(
@@ -120,10 +148,26 @@ def jvp_products(
     product = torch.empty_like(Vt)
     for j in range(Vt.shape[0]):
         tangents = _tangents(layout, Vt[j])
-        (_, loss), (pieces, _) = torch.func.jvp(gradient, tuple(primals), tangents)
+        with _func_errors(index):
+            (_, loss), (pieces, _) = torch.func.jvp(gradient, tuple(primals), tangents)
         check_loss(loss, index)
         _write_row(product, j, layout, pieces)
     return product
+
+
+@contextmanager
+def _func_errors(index: int) -> Iterator[None]:
+    """Re-raise a torch.func failure with the batch and the way around it."""
+    try:
+        yield
+    except (RuntimeError, NotImplementedError) as error:
+        # NOTE: PyTorch 2.13 fails here for nn.MSELoss ('ZeroTensors are
+        # immutable') and nn.HuberLoss (no forward derivative of its backward).
+        raise RuntimeError(
+            f"backend='func' failed on batch {index}, because torch.func cannot "
+            "differentiate every operator in forward mode over reverse mode; use "
+            f"backend='autograd', the default. PyTorch's error: {error}"
+        ) from error
 
 
 def compiled_product(
@@ -164,9 +208,16 @@ def compiled_products(
     """Return the batch Hessian times each row of ``Vt`` with a compiled product."""
     result = torch.empty_like(Vt)
     for j in range(Vt.shape[0]):
-        loss, pieces = product(
-            tuple(primals), _tangents(layout, Vt[j]), inputs, targets
-        )
+        try:
+            loss, pieces = product(
+                tuple(primals), _tangents(layout, Vt[j]), inputs, targets
+            )
+        except RuntimeError as error:
+            raise RuntimeError(
+                f"compile=True failed on batch {index}, because torch.compile "
+                "could not compile this model's forward-over-reverse product; "
+                f"use compile=False. PyTorch's error: {error}"
+            ) from error
         check_loss(loss, index)
         _write_row(result, j, layout, pieces)
     return result
@@ -187,8 +238,10 @@ def _write_row(
         product[j, entry.slice] = piece.reshape(-1)
 
 
-def _constant_bytes(jvp: Callable[..., Any], primals: Sequence[torch.Tensor]) -> float:
-    """Return the bytes of tensors held by the graph inside ``jvp``.
+def linearization_bytes(
+    jvp: Callable[..., Any], primals: Sequence[torch.Tensor]
+) -> float:
+    """Return the bytes of tensors held by the graph inside ``jvp``, primals excluded.
 
     ``torch.func.linearize`` keeps its folded graph, an ``nn.Module``, in the
     closure of the function it returns (torch 2.2 to 2.13).
@@ -212,8 +265,16 @@ def _constant_bytes(jvp: Callable[..., Any], primals: Sequence[torch.Tensor]) ->
             for tensor in tensors:
                 if tensor is None:
                     continue
-                storage = tensor.untyped_storage()
-                if storage.data_ptr() not in seen:
-                    seen.add(storage.data_ptr())
-                    total += storage.nbytes()
+                try:
+                    storage = tensor.untyped_storage()
+                    pointer, nbytes = storage.data_ptr(), storage.nbytes()
+                except RuntimeError:
+                    # Some folded constants (seen with BatchNorm buffers
+                    # outside the parameter block) have no accessible storage;
+                    # count the tensor's own size.
+                    total += tensor.numel() * tensor.element_size()
+                    continue
+                if pointer not in seen:
+                    seen.add(pointer)
+                    total += nbytes
     return total

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+import numbers
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -36,7 +37,7 @@ def parse_budget(budget: int | float | str) -> float:
         raise TypeError(
             f"cache_budget must be a number of bytes or a string, got {budget!r}"
         )
-    if isinstance(budget, (int, float)):
+    if isinstance(budget, numbers.Real):
         value = float(budget)
     elif isinstance(budget, str):
         text = budget.strip().upper()
@@ -115,11 +116,12 @@ class GraphCache:
         if self.nbytes + entry.nbytes > self.budget:
             if not self.indexable:
                 # Some batch will not fit, so the cache can never be complete.
-                logger.info(
-                    "first-order graphs need more than cache_budget=%.3g bytes; "
-                    "products recompute them",
-                    self.budget,
-                )
+                if self.budget > 0:
+                    logger.info(
+                        "first-order graphs need more than cache_budget=%.3g "
+                        "bytes; products recompute them",
+                        self.budget,
+                    )
                 self.entries.clear()
                 self.gave_up = True
             return False

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+import numbers
 from collections.abc import Callable
 from typing import Any
 
@@ -141,8 +142,11 @@ class HessianOperator(ProductPasses, OperatorState, ScipyInterface):
         :func:`torch.func.linearize`, and each later product runs only the
         tangent part of the traced graph. Any other batch runs
         :func:`torch.func.jvp` of :func:`torch.func.grad` for each vector,
-        forward pass included. The default is the faster one in measurement
-        (see Notes).
+        forward pass included. The first product of a linearised batch is
+        checked against ``jvp``. torch.func cannot differentiate every
+        operator this way (PyTorch 2.13: ``nn.MSELoss``, ``nn.HuberLoss``),
+        and a failure raises a ``RuntimeError`` that names the batch. The
+        default is the faster one in measurement (see Notes).
     layer_rules : bool, default True
         With backend 'autograd', evaluate convolutions, BatchNorm in eval
         mode and ReLU (not in place) through hessop's own second-derivative
@@ -472,7 +476,9 @@ class HessianOperator(ProductPasses, OperatorState, ScipyInterface):
         """Concatenate name -> tensor values into a flat vector, as in ``layout``."""
         return self.layout.flatten(tensors)
 
-    def to_dense(self, max_size: int = 5000, *, block_size: int = 64) -> np.ndarray:
+    def to_dense(
+        self, max_size: int = 5000, *, block_size: int | None = None
+    ) -> np.ndarray:
         """Build the Hessian as a dense numpy array, column by column.
 
         Parameters
@@ -480,8 +486,9 @@ class HessianOperator(ProductPasses, OperatorState, ScipyInterface):
         max_size : int, default 5000
             Largest ``n`` accepted. The matrix needs ``n * n`` entries and
             ``n`` Hessian-vector products.
-        block_size : int, default 64
-            Columns computed per pass over the data.
+        block_size : int, optional
+            Columns computed per pass over the data. ``None`` (default) uses
+            the operator's ``block_size``, or 64 when that is ``None``.
 
         Returns
         -------
@@ -497,8 +504,15 @@ class HessianOperator(ProductPasses, OperatorState, ScipyInterface):
                 f"a dense matrix needs {gib:.2f} GiB and {n} Hessian-vector "
                 f"products; pass max_size={n} to build it anyway"
             )
+        if block_size is None:
+            block_size = self._block_size or 64
+        elif isinstance(block_size, bool) or not isinstance(
+            block_size, numbers.Integral
+        ):
+            raise TypeError(f"block_size must be an int or None, got {block_size!r}")
         if block_size < 1:
             raise ValueError(f"block_size must be at least 1, got {block_size}")
+        block_size = int(block_size)
         dense = np.empty((n, n), dtype=self.dtype)
         for start in range(0, n, block_size):
             stop = min(start + block_size, n)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -16,7 +17,8 @@ from hessop._forward_over_reverse import (
     compiled_products,
     gradient_function,
     jvp_products,
-    linearize,
+    linearization_bytes,
+    linearize_checked,
     linearized_products,
 )
 from hessop._graph_cache import CachedBatch, measure_saved_bytes
@@ -64,10 +66,13 @@ class ProductPasses:
 
         block_size = options.block_size
         if block_size is not None:
-            if isinstance(block_size, bool) or not isinstance(block_size, int):
+            if isinstance(block_size, bool) or not isinstance(
+                block_size, numbers.Integral
+            ):
                 raise TypeError(
                     f"block_size must be an int or None, got {block_size!r}"
                 )
+            block_size = int(block_size)
             if block_size < 1:
                 raise ValueError(
                     f"block_size must be at least 1 or None, got {block_size}"
@@ -195,7 +200,7 @@ class ProductPasses:
             return self._func_product(inputs, targets, index, count, Vt, use_cache)
         cache = self._graph_cache
         entry = cache.entries.get(index) if use_cache else None
-        if entry is None and use_cache and not cache.gave_up:
+        if entry is None and use_cache and not cache.gave_up and cache.budget > 0:
             with measure_saved_bytes(self._leaves) as saved:
                 grads, used = self._first_order(inputs, targets, index)
             nbytes = saved[0] + sum(g.numel() * g.element_size() for g in grads)
@@ -261,14 +266,15 @@ class ProductPasses:
             train_mode=self._train_mode,
         )
         linearizable = index not in self._unlinearized or not cache.indexable
-        if use_cache and not cache.gave_up and linearizable:
-            jvp, nbytes = linearize(gradient, primals, index)
+        if use_cache and not cache.gave_up and cache.budget > 0 and linearizable:
+            jvp, product = linearize_checked(gradient, primals, self.layout, Vt, index)
+            nbytes = linearization_bytes(jvp, primals)
             kept = cache.offer(LinearizedBatch(index, count, [], [], nbytes, jvp=jvp))
             if not kept:
                 # A batch that did not fit runs jvp from now on, instead of
                 # paying for a linearisation on every pass.
                 self._unlinearized.add(index)
-            return linearized_products(jvp, self.layout, Vt)
+            return product
         return jvp_products(gradient, primals, self.layout, Vt, index)
 
     def _accumulate(
