@@ -287,6 +287,41 @@ def test_resume_of_complete_run_computes_nothing(small_run, tmp_path):
     assert "kept from the earlier run" in stderr
 
 
+def test_cache_budget_gives_same_numbers(small_run, tmp_path, monkeypatch):
+    # Three batches of 40, 40 and 16 samples: 'unlimited' keeps all three
+    # first-order graphs, which changes the cost of a product, not its value.
+    _, reference, _, _ = small_run
+    complete = []
+
+    class Recorded(hessop.HessianOperator):
+        def _matmat(self, X):
+            result = super()._matmat(X)
+            complete.append(self._graph_cache.complete)
+            return result
+
+    monkeypatch.setattr(_metrics.hessop, "HessianOperator", Recorded)
+    out = tmp_path / "cached"
+    arguments = [*SMALL_RUN, "--metrics", "eigenvalues", "trace"]
+    arguments += ["--cache-budget", "unlimited", "--quiet", "--out", out]
+    status, _, stderr = run_cli(arguments)
+    assert status == 0, stderr
+    cached = read_report(out)
+    for key in ("num_matvecs", "converged"):
+        expected = reference["metrics"]["eigenvalues"][key]
+        assert cached["metrics"]["eigenvalues"][key] == expected
+    np.testing.assert_allclose(
+        cached["metrics"]["eigenvalues"]["eigenvalues"],
+        reference["metrics"]["eigenvalues"]["eigenvalues"],
+        rtol=1e-10,  # float64; kept graphs give the same products
+    )
+    assert cached["metrics"]["trace"]["estimate"] == pytest.approx(
+        reference["metrics"]["trace"]["estimate"], rel=1e-10
+    )
+    assert "cache_budget" not in cached["settings"]
+    assert complete
+    assert all(complete)
+
+
 def test_resume_with_other_settings_fails(small_run, tmp_path):
     out, _, _, _ = small_run
     copy = tmp_path / "copy"

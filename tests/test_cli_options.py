@@ -1,5 +1,7 @@
 """Option parsing of ``hessop analyze``: model switches, labels and settings."""
 
+import math
+
 import pytest
 
 from hessop.cli import build_parser
@@ -80,3 +82,17 @@ def test_settings_leave_out_run_options():
     assert "handler" not in settings
     assert settings["trace_matvecs"] == 50
     assert settings["seed"] == 0
+
+
+@pytest.mark.parametrize(
+    ("given", "expected"),
+    [("0", 0.0), ("512MiB", 512 * 2**20), ("2GiB", 2 * 2**30), ("unlimited", math.inf)],
+)
+def test_cache_budget_sizes(given, expected):
+    assert parse("--cache-budget", given).cache_budget == expected
+
+
+def test_cache_budget_rejects_bad_size(capsys):
+    with pytest.raises(SystemExit):
+        parse("--cache-budget", "lots")
+    assert "cache_budget='lots' is not a memory size" in capsys.readouterr().err

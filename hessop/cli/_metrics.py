@@ -81,6 +81,7 @@ class Context:
             params=names,
             check_deterministic=check,
             comm=self.comm,
+            cache_budget=self.args.cache_budget,
         )
 
     def rng(self, stream: int) -> np.random.Generator:

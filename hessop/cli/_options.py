@@ -7,6 +7,7 @@ import itertools
 import math
 from typing import Any
 
+from hessop._graph_cache import parse_budget
 from hessop.cli._metrics import METRICS
 from hessop.datasets import DATASET_NAMES
 
@@ -49,6 +50,7 @@ RUN_ONLY_OPTIONS = frozenset(
         "verbose",
         "debug",
         "threads",
+        "cache_budget",
         "mpi",
         "handler",
         "validate",
@@ -98,6 +100,14 @@ def sample_count(text: str) -> int | None:
     if text.strip().lower() == "all":
         return None
     return positive_int(text)
+
+
+def cache_budget(text: str) -> float:
+    """Parse a memory size for ``--cache-budget``."""
+    try:
+        return parse_budget(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def _int(text: str) -> int:
@@ -272,6 +282,16 @@ def add_options(parser: argparse.ArgumentParser) -> None:
         metavar="N",
         help="CPU threads per process (torch.set_num_threads; default: PyTorch's "
         "choice, divided by the number of MPI ranks on the node)",
+    )
+    run.add_argument(
+        "--cache-budget",
+        type=cache_budget,
+        default=0.0,
+        metavar="SIZE",
+        help="memory for the first-order graphs of the batches kept between "
+        "Hessian-vector products, in bytes or as 512MiB, 2GiB or unlimited; a "
+        "kept batch costs one backward pass per matvec instead of a forward and "
+        "two backward passes, and a single batch is always kept (default: 0)",
     )
     run.add_argument(
         "--mpi",
