@@ -102,7 +102,7 @@ PARAMETERS = 269_722
 
 
 def prepare_problem(path: Path, config: dict[str, Any], threads: int) -> None:
-    """Train the model and save it with the data, unless ``path`` holds them."""
+    """Train the model and save it with the data, unless ``path`` contains them."""
     import torch
     from torch.utils.data import TensorDataset
 
@@ -207,7 +207,7 @@ class Problem:
         return torch.from_numpy(v).to(self.device)
 
     def synchronize(self) -> None:
-        """Wait for the device to finish, so that a timer sees the whole work."""
+        """Wait for the device to finish, so that a timer measures all of the work."""
         import torch
 
         if self.device == "cuda":
@@ -283,8 +283,8 @@ def time_cases(
     """Time ``cases`` in interleaved rounds against the case named 'gradient'.
 
     Returns, for each case, the median time over rounds and the median over
-    rounds of its time divided by the gradient's time in the same round;
-    both are per column for the cases listed in ``columns``.
+    rounds of its time divided by the gradient's time in the same round. Both
+    are per column for the cases listed in ``columns``.
     """
     columns = columns or {}
     for case in cases.values():
@@ -521,7 +521,7 @@ def task_eigen_hessop_power(problem: Problem) -> dict[str, Any]:
 
 
 def task_eigen_hessop_steps(problem: Problem) -> dict[str, Any]:
-    """The top Ritz value after each step of one Lanczos run, with its time.
+    """Record the top Ritz value after each step of one Lanczos run, with its time.
 
     The Ritz values of the first ``j`` steps are those of the leading
     ``j x j`` block of the tridiagonal matrix, so one run of
@@ -652,24 +652,31 @@ def task_eigen_eigenthings(problem: Problem) -> dict[str, Any]:
     }
 
 
+def counted_curvlinops(problem: Problem, counter: dict[str, int]) -> Any:
+    """Return curvlinops' Hessian of the one batch, counting its products."""
+    from curvlinops import HessianLinearOperator
+
+    H = HessianLinearOperator(
+        problem.model, problem.criterion, problem.params, [(problem.x, problem.y)]
+    )
+    original = H._matmat
+
+    def counted(M):
+        counter["matvecs"] += M[0].shape[-1]
+        return original(M)
+
+    H._matmat = counted
+    return H
+
+
 def task_eigen_curvlinops(problem: Problem) -> dict[str, Any]:
     """curvlinops' operator with scipy's eigsh, its documented route."""
-    from curvlinops import HessianLinearOperator
     from scipy.sparse.linalg import eigsh
 
     counter = {"matvecs": 0}
 
     def run():
-        H = HessianLinearOperator(
-            problem.model, problem.criterion, problem.params, [(problem.x, problem.y)]
-        )
-        original = H._matmat
-
-        def counted(M):
-            counter["matvecs"] += M[0].shape[-1]
-            return original(M)
-
-        H._matmat = counted
+        H = counted_curvlinops(problem, counter)
         return eigsh(H.to_scipy(), k=1, which="LA", tol=EIGEN_RTOL)
 
     (values, vectors), seconds = timed(run)
@@ -741,7 +748,7 @@ def task_trace_digits(problem: Problem) -> dict[str, Any]:
     """Trace estimates on a digits MLP, whose exact trace a dense Hessian gives.
 
     The ResNet's trace sums large eigenvalues of both signs, so its relative
-    error can be ill-defined; this operator (2410 parameters, 1438 samples in
+    error can be ill-defined. This operator (2410 parameters, 1438 samples in
     8 batches, float64, trained for 30 epochs) has a trace known exactly.
     """
     import numpy as np
@@ -889,21 +896,12 @@ def task_slq_eigenthings(problem: Problem) -> dict[str, Any]:
 
 def task_slq_curvlinops(problem: Problem) -> dict[str, Any]:
     """curvlinops' Lanczos spectrum; it first estimates the spectral boundaries."""
-    from curvlinops import HessianLinearOperator, lanczos_approximate_spectrum
+    from curvlinops import lanczos_approximate_spectrum
 
     counter = {"matvecs": 0}
 
     def run():
-        H = HessianLinearOperator(
-            problem.model, problem.criterion, problem.params, [(problem.x, problem.y)]
-        )
-        original = H._matmat
-
-        def counted(M):
-            counter["matvecs"] += M[0].shape[-1]
-            return original(M)
-
-        H._matmat = counted
+        H = counted_curvlinops(problem, counter)
         return lanczos_approximate_spectrum(H, ncv=problem.config["slq_steps"])
 
     _, seconds = timed(run)
@@ -1730,10 +1728,10 @@ def main() -> None:
     parser.add_argument("--problem", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     # GNU OpenMP threads spin while they wait for work. On a machine shared
-    # with other processes a spinning thread holds a core that another one
-    # needs, which made a 2-thread gradient 20 times slower than a 1-thread
-    # one in a measurement here; passive waiting avoids that. Workers inherit
-    # the setting, and an explicit OMP_WAIT_POLICY is kept.
+    # with other processes a spinning thread occupies a core that another one
+    # needs. That made a 2-thread gradient 20 times slower than a 1-thread one
+    # in a measurement on a 2-core machine, and passive waiting avoids it.
+    # Workers inherit the setting, and an explicit OMP_WAIT_POLICY is kept.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
     if args.render:

@@ -12,8 +12,8 @@ Run ``python benchmarks/gpu_check.py`` on a machine with CUDA. It
    table on the GPU (skip it with ``--no-compare``).
 
 It writes ``gpu_check.json`` into ``--out`` and exits with status 1 if a
-product misses its tolerance. Without CUDA it says so and exits with status
-0, writing nothing.
+product misses its tolerance. Without CUDA it prints that it skipped the
+check and exits with status 0, writing nothing.
 """
 
 from __future__ import annotations

@@ -102,6 +102,11 @@ class GraphCache:
         """Estimated bytes held by the cached graphs."""
         return sum(entry.nbytes for entry in self.entries.values())
 
+    @property
+    def accepting(self) -> bool:
+        """Whether a batch offered now could be kept: a budget above 0, not given up."""
+        return self.budget > 0 and not self.gave_up
+
     def clear(self) -> None:
         """Drop every cached graph, for instance after the parameters changed."""
         self.entries.clear()

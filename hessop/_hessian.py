@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import math
-import numbers
 from collections.abc import Callable
 from typing import Any
 
@@ -33,7 +32,7 @@ from hessop._operator_checks import (
     resolve_reduction,
 )
 from hessop._operator_state import OperatorState
-from hessop._passes import ProductOptions, ProductPasses
+from hessop._passes import ProductOptions, ProductPasses, check_block_size
 from hessop._scipy_interface import ScipyInterface
 
 __all__ = ["HessianOperator"]
@@ -504,23 +503,20 @@ class HessianOperator(ProductPasses, OperatorState, ScipyInterface):
                 f"a dense matrix needs {gib:.2f} GiB and {n} Hessian-vector "
                 f"products; pass max_size={n} to build it anyway"
             )
-        if block_size is None:
-            block_size = self._block_size or 64
-        elif isinstance(block_size, bool) or not isinstance(
-            block_size, numbers.Integral
-        ):
-            raise TypeError(f"block_size must be an int or None, got {block_size!r}")
-        if block_size < 1:
-            raise ValueError(f"block_size must be at least 1, got {block_size}")
-        block_size = int(block_size)
+        block_size = check_block_size(block_size) or self._block_size or 64
         dense = np.empty((n, n), dtype=self.dtype)
-        for start in range(0, n, block_size):
-            stop = min(start + block_size, n)
-            basis = torch.zeros(
+
+        def basis(start: int, stop: int) -> torch.Tensor:
+            rows = torch.zeros(
                 stop - start, n, dtype=self.torch_dtype, device=self.device
             )
-            basis[:, start:stop] = torch.eye(stop - start, dtype=self.torch_dtype)
-            dense[:, start:stop] = self._apply(basis).T.cpu().numpy()
+            rows[:, start:stop] = torch.eye(stop - start, dtype=self.torch_dtype)
+            return rows
+
+        def store(start: int, stop: int, result: torch.Tensor) -> None:
+            dense[:, start:stop] = result.T.cpu().numpy()
+
+        self._apply_blocks(n, basis, store, block_size)
         return dense
 
     def clear_cache(self) -> None:

@@ -38,6 +38,17 @@ class ProductOptions:
     block_size: int | None
 
 
+def check_block_size(block_size: Any) -> int | None:
+    """Return ``block_size`` as an int, or None, after checking it."""
+    if block_size is None:
+        return None
+    if isinstance(block_size, bool) or not isinstance(block_size, numbers.Integral):
+        raise TypeError(f"block_size must be an int or None, got {block_size!r}")
+    if block_size < 1:
+        raise ValueError(f"block_size must be at least 1 or None, got {block_size}")
+    return int(block_size)
+
+
 class ProductPasses:
     """The product half of :class:`hessop.HessianOperator`.
 
@@ -64,19 +75,7 @@ class ProductPasses:
                 "backward'); pass backend='func', compile=True"
             )
 
-        block_size = options.block_size
-        if block_size is not None:
-            if isinstance(block_size, bool) or not isinstance(
-                block_size, numbers.Integral
-            ):
-                raise TypeError(
-                    f"block_size must be an int or None, got {block_size!r}"
-                )
-            block_size = int(block_size)
-            if block_size < 1:
-                raise ValueError(
-                    f"block_size must be at least 1 or None, got {block_size}"
-                )
+        block_size = check_block_size(options.block_size)
 
         self._backend = options.backend
         self._layer_rules = options.layer_rules
@@ -115,14 +114,16 @@ class ProductPasses:
         num_columns: int,
         block: Callable[[int, int], torch.Tensor],
         store: Callable[[int, int, torch.Tensor], None],
+        block_size: int | None = None,
     ) -> None:
         """Multiply ``num_columns`` vectors, at most ``block_size`` per pass.
 
         ``block(start, stop)`` returns rows ``start:stop`` of ``Vt`` and
         ``store(start, stop, result)`` receives their products, so that only
         one block of vectors is held on the operator's device at a time.
+        ``block_size`` defaults to the operator's.
         """
-        step = self._block_size or num_columns
+        step = block_size or self._block_size or num_columns
         for start in range(0, num_columns, step):
             stop = min(start + step, num_columns)
             store(start, stop, self._apply(block(start, stop)))
@@ -138,7 +139,7 @@ class ProductPasses:
         """Return the sample-weighted sum of batch products, N and the batch count.
 
         ``use_cache`` reuses the cached first-order graphs and offers new ones
-        to the cache; without it every batch is recomputed and nothing is kept.
+        to the cache; without it every batch is recomputed and nothing is cached.
         """
         cache = self._graph_cache
         if use_cache and cache.complete:
@@ -200,18 +201,18 @@ class ProductPasses:
             return self._func_product(inputs, targets, index, count, Vt, use_cache)
         cache = self._graph_cache
         entry = cache.entries.get(index) if use_cache else None
-        if entry is None and use_cache and not cache.gave_up and cache.budget > 0:
+        if entry is None and use_cache and cache.accepting:
             with measure_saved_bytes(self._leaves) as saved:
                 grads, used = self._first_order(inputs, targets, index)
             nbytes = saved[0] + sum(g.numel() * g.element_size() for g in grads)
             entry = CachedBatch(index, count, grads, used, nbytes)
-            kept = cache.offer(entry)
+            cached = cache.offer(entry)
         elif entry is None:
             grads, used = self._first_order(inputs, targets, index)
-            kept = False
+            cached = False
         else:
-            grads, used, kept = entry.grads, entry.used, True
-        return second_order(grads, used, self._leaves, self.layout, Vt, retain=kept)
+            grads, used, cached = entry.grads, entry.used, True
+        return second_order(grads, used, self._leaves, self.layout, Vt, retain=cached)
 
     def _cached_product(self, entry: CachedBatch, Vt: torch.Tensor) -> torch.Tensor:
         if isinstance(entry, LinearizedBatch):
@@ -266,11 +267,11 @@ class ProductPasses:
             train_mode=self._train_mode,
         )
         linearizable = index not in self._unlinearized or not cache.indexable
-        if use_cache and not cache.gave_up and cache.budget > 0 and linearizable:
+        if use_cache and cache.accepting and linearizable:
             jvp, product = linearize_checked(gradient, primals, self.layout, Vt, index)
             nbytes = linearization_bytes(jvp, primals)
-            kept = cache.offer(LinearizedBatch(index, count, [], [], nbytes, jvp=jvp))
-            if not kept:
+            cached = cache.offer(LinearizedBatch(index, count, [], [], nbytes, jvp=jvp))
+            if not cached:
                 # A batch that did not fit runs jvp from now on, instead of
                 # paying for a linearisation on every pass.
                 self._unlinearized.add(index)

@@ -89,6 +89,19 @@ def random_matrix(n, k, seed=0):
     return np.random.default_rng(seed).standard_normal((n, k))
 
 
+def record_pass_widths(H):
+    """Return a list that receives the number of vectors of each pass of H."""
+    widths = []
+    original = H._apply
+
+    def record(Vt):
+        widths.append(Vt.shape[0])
+        return original(Vt)
+
+    H._apply = record
+    return widths
+
+
 @pytest.mark.parametrize("layer_rules", [True, False])
 def test_conv_net_matches_dense(layer_rules):
     model = conv_net()
@@ -292,14 +305,7 @@ def test_block_size_gives_same_matmat(block_size):
 
 def test_block_size_bounds_columns_per_pass():
     H = HessianOperator(mlp(), nn.CrossEntropyLoss(), mlp_batches(), block_size=2)
-    widths = []
-    original = H._apply
-
-    def record(Vt):
-        widths.append(Vt.shape[0])
-        return original(Vt)
-
-    H._apply = record
+    widths = record_pass_widths(H)
     H.matmat(random_matrix(H.shape[0], 5))
     assert widths == [2, 2, 1]
 
@@ -413,14 +419,7 @@ def test_func_backend_zero_budget_never_linearizes(monkeypatch):
 
 def test_to_dense_follows_block_size():
     H = HessianOperator(mlp(), nn.CrossEntropyLoss(), mlp_batches(), block_size=4)
-    widths = []
-    original = H._apply
-
-    def record(Vt):
-        widths.append(Vt.shape[0])
-        return original(Vt)
-
-    H._apply = record
+    widths = record_pass_widths(H)
     dense = H.to_dense()
     assert max(widths) == 4
     assert sum(widths) == H.shape[0]
